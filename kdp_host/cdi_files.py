@@ -48,6 +48,11 @@ MAX_KNOWN: Final = 4096
 """Most spec files a `SpecFiles` keeps (past it, it starts over)."""
 
 
+def is_wildcard(path: str) -> bool:
+    """Whether a node's host path has glob characters (the CDI library's wildcards)."""
+    return _GLOB.search(path) is not None
+
+
 def is_spec_file(name: str) -> bool:
     """Whether the runtime reads a file of this name (in one of its dirs) as a spec file."""
     return name.endswith(SPEC_SUFFIXES)
@@ -90,11 +95,11 @@ class Edits:
         """These edits as the runtime resolves them now: a node's host path with glob
         characters is every path it matches (the CDI library expands such a wildcard into
         each matching node), itself where none does. Blocking (it lists directories)."""
-        if not any(map(_GLOB.search, self.nodes)):
+        if not any(map(is_wildcard, self.nodes)):
             return self
         found: list[str] = []
         for node in self.nodes:
-            found += (sorted(glob.glob(node)) if _GLOB.search(node) else None) or [node]
+            found += (sorted(glob.glob(node)) if is_wildcard(node) else None) or [node]
         return Edits(tuple(dict.fromkeys(found)), self.mounts, self.numbers)
 
 

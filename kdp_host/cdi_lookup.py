@@ -26,12 +26,13 @@ a look after a change costs the changed files, not all of them).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from .cdi_files import Definition, Edits, SpecFiles, winning
+from .cdi_files import Definition, Edits, SpecFiles, is_wildcard, winning
 from .cdi_rules import cdi_name_parts
 
 MAX_NOTED: Final = 4096
@@ -72,6 +73,7 @@ class CdiNames:
         self._lock = threading.Lock()
         self._specs = SpecFiles()
         self._table: Table = {}
+        self._matched: dict[str, tuple[str, ...]] = {}
         self._bad: dict[str, str] = {}
         self._wanted: set[str] = set()
         self._noted: set[tuple[str, str, str]] = set()
@@ -135,11 +137,15 @@ class CdiNames:
 
     def changed_kinds(self) -> frozenset[str]:
         """The kinds a name was looked up of whose definitions changed since the last look
-        (files parsed again only where their signature changed). Blocking."""
+        (files parsed again only where their signature changed), or whose wildcard node
+        paths match other nodes now. Blocking."""
         with self._lock:
-            before, bad = self._table, dict(self._bad)
+            before, bad, matched = self._table, dict(self._bad), self._matched
             self._refresh()
             kinds = {k for k in (*before, *self._table) if before.get(k) != self._table.get(k)}
+            kinds |= {
+                k for k in (*matched, *self._matched) if matched.get(k) != self._matched.get(k)
+            }
             if bad != self._bad:  # (a file that could not be read may define any kind)
                 kinds |= self._wanted
             return frozenset(kinds & self._wanted) - self.own_kinds
@@ -149,6 +155,28 @@ class CdiNames:
         are worth following: `cdi_spec_looks`)."""
         with self._lock:
             return bool(self._wanted - self.own_kinds)
+
+    def wildcard_dirs(self) -> frozenset[str]:
+        """The dirs of the wildcard node paths of the kinds looked up (not this host's): a
+        node that comes or goes there may change what a name hands out (`changed_kinds`
+        tells it; `cdi_spec_looks` follows them). A wildcard in a dir's name is not."""
+        with self._lock:
+            return frozenset(
+                os.path.dirname(node)
+                for kind in self._wanted - self.own_kinds
+                for edits, _ in self._table.get(kind, {}).values()
+                for node in edits.nodes
+                if is_wildcard(node) and not is_wildcard(os.path.dirname(node))
+            )
+
+    def _wildcard_matches(self) -> dict[str, tuple[str, ...]]:
+        """kind -> every node its wildcard node paths match now (kinds looked up only)."""
+        found: dict[str, tuple[str, ...]] = {}
+        for kind in self._wanted:
+            for edits, _ in self._table.get(kind, {}).values():
+                if (now := edits.matched()) is not edits:
+                    found[kind] = (*found.get(kind, ()), *now.nodes)
+        return found
 
     def _why(self, kind: str, device: str) -> str:
         if not kind or not device:
@@ -170,3 +198,4 @@ class CdiNames:
             for kind, devices in found.defined.items()
         }
         self._bad = found.bad
+        self._matched = self._wildcard_matches()

@@ -11,8 +11,10 @@ kind this host does not write; at a change the files whose signature changed are
 (`CdiNames.changed_kinds`, off the loop), and only when that changes a kind a looked-up name
 is of, the checkpoint's entries with CDI names of the names not served are booked again
 (`book_again`: new bookings, and bookings widened by the paths they lack: a node once
-booked stays booked while its pod may hold it). Changes that come during a look are
-coalesced into the next one.
+booked stays booked while its pod may hold it). The dir of a wildcard node path such a
+name uses is followed too (`CdiNames.wildcard_dirs`): a node made there later that the
+wildcard matches is booked when it comes (hostile28 G9). Changes that come during a look
+are coalesced into the next one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class CdiSpecLooks:
         self._due = False
         self._task: asyncio.Task[None] | None = None
         self._subscriptions: list[Subscription] = []
+        self._wildcards: dict[str, Subscription] = {}
         self._watcher: Watcher | None = None
         self.looks = 0
         """Looks that found a kind a looked-up name is of changed (tests)."""
@@ -61,22 +64,37 @@ class CdiSpecLooks:
         dir is watched and looked at once (a file changed since that read). Not before: a
         host no other plugin's CDI answer concerns watches nothing (a dir that is not there
         would be tried again twice a second)."""
-        if self._subscriptions or self._watcher is None or not self._cdi.wants():
+        if self._watcher is None or not self._cdi.wants():
+            return
+        self._follow_wildcards()
+        if self._subscriptions:
             return
         self._subscriptions = [self._watcher.subscribe(d, self._heard) for d in self._cdi.dirs]
         self._heard(None)
 
+    def _follow_wildcards(self) -> None:
+        """Watch the dirs of the wildcard node paths the names looked up use (kept while
+        the host runs: a few dirs): a node made or removed there has the names looked up
+        again, so a node a wildcard matches later is booked (hostile28 G9)."""
+        if self._watcher is None:
+            return
+        for directory in self._cdi.wildcard_dirs() - self._wildcards.keys():
+            subscription = self._watcher.subscribe(directory, self._heard_node, entries=True)
+            self._wildcards[directory] = subscription
+
     def cancel(self) -> None:
         self._watcher = None
-        for subscription in self._subscriptions:
+        for subscription in (*self._subscriptions, *self._wildcards.values()):
             subscription.cancel()
-        self._subscriptions = []
+        self._subscriptions, self._wildcards = [], {}
         if self._task is not None:
             self._task.cancel()
 
     def _heard(self, name: str | None) -> None:
-        if name is not None and not is_spec_file(name):
-            return
+        if name is None or is_spec_file(name):
+            self._heard_node(name)
+
+    def _heard_node(self, name: str | None) -> None:
         self._due = True
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._look(), name="cdi-specs")
@@ -88,6 +106,7 @@ class CdiSpecLooks:
                 if await self._offload.run(self._cdi.changed_kinds):
                     self.looks += 1
                     await self._book_again(frozenset(self._served()))
+                self._follow_wildcards()
         except Exception as exc:  # (a bug: said, and the next change looks again)
             self._log.exception("cdi_specs_look_failed", reason=str(exc))
         finally:

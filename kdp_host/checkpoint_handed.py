@@ -5,9 +5,9 @@ runtime's spec files (`cdi_lookup`), each with the claim the ownership index boo
 A CDI name hands out what the runtime resolves it to when it makes the container: a node's
 host path (what it reaches, by `ownership_claims.claim_of`), a node given by number (the
 runtime makes it from the numbers whatever is at its path: claimed by that number, as a
-node's identity is), a host path with glob characters as every node it matches (at each
-read: a node matching it made later is booked at the next read of the checkpoint, or of a
-spec file that changed) (hostile28 G9).
+node's identity is), a host path with glob characters as every node it matches now (a
+node it matches later is booked when it appears: `cdi_spec_looks` follows its dir)
+(hostile28 G9).
 """
 
 from __future__ import annotations

@@ -294,3 +294,36 @@ async def test_a_cdi_node_the_runtime_makes_by_number_or_wildcard_is_held(
         await kubelet.await_for(healthy_count(A, 0), what="both nodes g0 has held")
         p0 = await kubelet.acall(kubelet.allocate, "p0", {A: 1})
         assert p0["error"] and not p0["device_ids"], p0
+
+
+def held(caplog: Any, device: str) -> bool:
+    """Whether kdp-host said `device` is held (`device_held`)."""
+    return any(
+        r.getMessage() == "device_held" and r.__dict__["kdp_fields"].get("device") == device
+        for r in caplog.records
+    )
+
+
+async def test_a_node_a_cdi_wildcard_matches_later_is_held(
+    real_kubelet_factory: Any, start_host: Any, short_dir: Path, caplog: Any
+) -> None:
+    """g0 holds the other plugin's gpu0, whose node is the wildcard `<root>/dev/fpga*`
+    (fpga0 alone then); fpga1 made later is matched by it too (the runtime's next container
+    start of g0 hands it out): kdp-host lists it held (before: Healthy, handed to p0)."""
+    kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
+    pattern, paths = char_nodes(short_dir)
+    os.unlink(paths["gpu1"])
+    config = config_text(kubelet, short_dir, (A, pattern))
+    config = config.replace("resources:\n", f"cdiRuntimeDirs: [{short_dir / 'cdi'}]\nresources:\n")
+    write_nodes(short_dir / "cdi", {"gpu0": {"path": "/dev/fpga*", "hostPath": pattern}})
+    async with serving(kubelet, CdiPlugin({"gpu0": paths["gpu0"]}, "cdi"), GPU):
+        await kubelet.await_for(healthy_count(GPU, 1), what="the other plugin lists")
+        g0 = await kubelet.acall(kubelet.allocate, "g0", {GPU: 1})
+        assert g0["error"] == "", g0
+        await start_host(config)
+        await wait_until(lambda: held(caplog, "fpga0"), timeout=30)
+        os.mknod(paths["gpu1"], 0o600 | stat.S_IFCHR, os.makedev(240, 1))
+        await wait_until(lambda: held(caplog, "fpga1"), timeout=30)
+        await kubelet.await_for(healthy_count(A, 0), what="fpga1, matched later, held")
+        p0 = await kubelet.acall(kubelet.allocate, "p0", {A: 1})
+        assert p0["error"] and not p0["device_ids"], p0

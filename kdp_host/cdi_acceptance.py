@@ -19,7 +19,8 @@ union of its definition and the one it would replace). So is a field spelled in 
 case (the library matches field names in any case, kdp-host reads them as written) and a
 device name of another type than text (the library's YAML reading turns a number into
 one). Nothing else is checked (the edits' own rules: an env entry without `=`, a node
-without a path; YAML keys given twice): such a file counts as taken, as before.
+without a path): such a file counts as taken, as before. A key given twice in one object
+(refused too) is found by the parser (`cdi_files.parse_spec`), before the values are known.
 """
 
 from __future__ import annotations

@@ -155,6 +155,33 @@ def _edits(container_edits: Any) -> Edits:
     return Edits(paths, tuple(map(str, mounts)), numbers)
 
 
+class _KeyTwice(ValueError):
+    """A key given twice in one object: the library's strict decoding refuses it (JSON too,
+    which it reads as YAML)."""
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    _no_key_twice(key for key, _ in pairs)
+    return dict(pairs)
+
+
+def _no_key_twice(keys: Iterable[object]) -> None:
+    seen: set[object] = set()
+    for key in keys:
+        if key in seen:
+            raise _KeyTwice(key)
+        seen.add(key)
+
+
+def _yaml_keys_once(node: yaml.Node) -> None:
+    if isinstance(node, yaml.MappingNode):
+        _no_key_twice(k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode))
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        for child in node.value:
+            for item in child if isinstance(child, tuple) else (child,):
+                _yaml_keys_once(item)
+
+
 def load_spec(content: bytes) -> Any:
     """A spec file's document, read as the CDI library reads every spec file, whatever its
     suffix: as YAML (sigs.k8s.io/yaml), so a `.json` file with a `# comment` line,
@@ -163,8 +190,10 @@ def load_spec(content: bytes) -> Any:
     YAML: text `json.loads` reads is read the same way by both, only faster (a vendor's
     large spec), so it is tried first. Raises ValueError or yaml.YAMLError."""
     try:
-        return json.loads(content)
-    except ValueError:
+        return json.loads(content, object_pairs_hook=_once)
+    except ValueError:  # (a key twice too: the YAML reading says so again)
+        if (node := yaml.compose(content, _YAML_LOADER)) is not None:
+            _yaml_keys_once(node)  # (the library decodes strictly: a key twice refuses)
         return yaml.load(content, _YAML_LOADER)
 
 
@@ -182,6 +211,8 @@ def parse_spec(content: bytes | None) -> Parsed:
         devices = {str(d["name"]): _edits(d.get("containerEdits")) for d in spec["devices"]}
         common = _edits(spec.get("containerEdits"))
         return SpecFile(spec["kind"], devices, common, verdict.unsure)
+    except _KeyTwice as exc:
+        return f"is refused by the runtime's CDI library (key {exc.args[0]!r} given twice): skipped"
     except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
         return f"is not a CDI spec ({type(exc).__name__})"
 

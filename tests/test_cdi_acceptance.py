@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kdp_host.cdi_acceptance import judge
 from kdp_host.cdi_dirs import check_spec_dirs
-from kdp_host.cdi_files import SpecFiles, winning
+from kdp_host.cdi_files import SpecFiles, parse_spec, winning
 from kdp_host.cdi_lookup import CdiNames
 from kdp_host.cdi_resolution import winning_entries
 
@@ -181,3 +182,19 @@ async def test_a_later_dirs_file_the_runtime_refuses_leaves_the_foreign_pods_nod
         assert "refused by the runtime's CDI library" in said[0]["reason"]
     else:
         assert not said
+
+
+@pytest.mark.parametrize("form", ["json", "yaml"])
+def test_a_key_given_twice_is_refused(form: str) -> None:
+    """The library decodes strictly (JSON as YAML): a key twice in one object refuses the
+    file; Python's readers took the last one."""
+    text = json.dumps(_spec())
+    if form == "yaml":
+        text = yaml.safe_dump(_spec())
+    twice = text.replace("kind:", "kind: a.example/b\nkind:", 1)
+    if form == "json":
+        twice = text.replace('"kind":', '"kind": "a.example/b", "kind":')
+    assert parse_spec(twice.encode()) == (
+        "is refused by the runtime's CDI library (key 'kind' given twice): skipped"
+    )
+    assert not isinstance(parse_spec(text.encode()), str)

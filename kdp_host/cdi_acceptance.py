@@ -75,16 +75,61 @@ def _version(value: str) -> tuple[int, ...] | None:
 
 def _unknown(value: Any, known: set[str], where: str) -> Verdict | None:
     """The first field of the object `value` (at `where`) the library does not know
-    (refused), else one it knows in another case only (unsure: it matches names in any case,
-    kdp-host reads them as spelled)."""
+    (refused); `spelled` has put the ones it knows in another case as it knows them."""
     if not isinstance(value, Mapping):
         return None if value is None else Verdict(refused=f"{where} is not an object")
-    folded = {name.lower() for name in known}
-    if extra := sorted(str(k) for k in value if str(k).lower() not in folded):
+    if extra := sorted(str(k) for k in value if k not in known):
         return Verdict(refused=f"unknown field {where}.{extra[0]}")
-    if cased := sorted(str(k) for k in value if k not in known):
-        return Verdict(unsure=f"field {where}.{cased[0]} in another case")
     return None
+
+
+def spelled(spec: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """`spec` with every field the library knows spelled as it knows it, and where the first
+    one spelled in another case was (empty: none). The library matches field names in any
+    case (`ContainerEdits`, `HOSTPATH`), so such a file hands out what its fields say
+    (hostile28 G10: read as spelled, its definition had no paths and booked nothing); a
+    name spelled both ways keeps the exact one."""
+    cased: list[str] = []
+    out = _spelled(spec, _SPEC, "spec", cased)
+    out["containerEdits"] = _spelled_edits(out.get("containerEdits"), "spec.containerEdits", cased)
+    if isinstance(out.get("devices"), list):
+        devices = []
+        for i, device in enumerate(out["devices"]):
+            device = _spelled(device, _DEVICE, f"devices[{i}]", cased)
+            if isinstance(device, dict) and "containerEdits" in device:
+                where = f"devices[{i}].containerEdits"
+                device["containerEdits"] = _spelled_edits(device["containerEdits"], where, cased)
+            devices.append(device)
+        out["devices"] = devices
+    return out, cased[0] if cased else ""
+
+
+def _spelled(value: Any, known: set[str], where: str, cased: list[str]) -> Any:
+    """The object `value` with its `known` fields spelled as known (`cased` told where not)."""
+    if not isinstance(value, Mapping):
+        return value
+    spelling, out = {name.lower(): name for name in known}, {}
+    for key, item in value.items():
+        name = key if key in known else spelling.get(str(key).lower(), key)
+        if name == key:
+            out[name] = item
+        else:
+            cased.append(f"{where}.{key}")
+            out.setdefault(name, item)
+    return out
+
+
+def _spelled_edits(value: Any, where: str, cased: list[str]) -> Any:
+    value = _spelled(value, set(_EDITS), where, cased)
+    if isinstance(value, dict):
+        for field, item_fields in _EDITS.items():
+            items = value.get(field)
+            if item_fields is not None and isinstance(items, list):
+                value[field] = [
+                    _spelled(item, item_fields, f"{where}.{field}[{n}]", cased)
+                    for n, item in enumerate(items)
+                ]
+    return value
 
 
 def _edits_unknown(edits: Any, where: str) -> Verdict | None:
@@ -162,9 +207,10 @@ def _names(spec: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def judge(spec: Mapping[str, Any]) -> Verdict:
-    """What the library makes of a parsed spec (a mapping with `kind` and a list `devices`)."""
-    field = next((k for k in spec if str(k).lower() == "cdiversion"), "cdiVersion")
-    declared = str(spec.get(field, "")).removeprefix("v")
+    """What the library makes of a parsed spec (a mapping with `kind` and a list `devices`,
+    its fields in any case: `spelled`)."""
+    spec, cased = spelled(spec)
+    declared = str(spec.get("cdiVersion", "")).removeprefix("v")
     newest = KNOWN_VERSIONS[-1]
     if declared not in KNOWN_VERSIONS:
         version = _version(declared)
@@ -189,4 +235,4 @@ def judge(spec: Mapping[str, Any]) -> Verdict:
     needed = required_version(spec)
     if KNOWN_VERSIONS.index(declared) < KNOWN_VERSIONS.index(needed):
         return Verdict(refused=f"cdiVersion {declared} is older than its content needs ({needed})")
-    return Verdict(unsure=unsure)
+    return Verdict(unsure=unsure or (f"field {cased} in another case" if cased else ""))

@@ -35,7 +35,7 @@ from typing import Any, Final
 import yaml
 
 from .atomic_files import read_or_none
-from .cdi_acceptance import judge
+from .cdi_acceptance import judge, spelled
 from .state_document import Signature, signature
 
 SPEC_SUFFIXES: Final = (".json", ".yaml")
@@ -202,10 +202,11 @@ def parse_spec(content: bytes | None) -> Parsed:
     if content is None:
         return "cannot be read"
     try:
-        spec = load_spec(content)
+        document = load_spec(content)
+        spec, _ = spelled(document)
         if not isinstance(spec["devices"], list) or not isinstance(spec["kind"], str):
             raise TypeError("kind or devices")
-        verdict = judge(spec)
+        verdict = judge(document)
         if verdict.refused:
             return f"is refused by the runtime's CDI library ({verdict.refused}): skipped"
         devices = {str(d["name"]): _edits(d.get("containerEdits")) for d in spec["devices"]}

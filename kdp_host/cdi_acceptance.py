@@ -164,6 +164,40 @@ def _uses_rdt(spec: Mapping[str, Any], newer: bool) -> bool:
     return False
 
 
+_NODE_TYPES: Final = frozenset({"", "b", "c", "u", "p"})
+_HOOK_NAMES: Final = frozenset(
+    {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}
+)
+
+
+def _edit_rule(spec: Mapping[str, Any]) -> str:
+    """The first of the edits' own rules a container edits object breaks (a node's type or
+    permissions, a hook's name or path, an env entry without `=`, a mount without both
+    paths), or empty. Whether the runtime's library refuses the file for it depends on its
+    version (hostile28 G2b: the ones that check skip the file whole), so such a file is
+    unsure: both definitions held."""
+    for edits in _all_edits(spec):
+        for node in edits.get("deviceNodes") or ():
+            if isinstance(node, Mapping) and (
+                str(node.get("type") or "") not in _NODE_TYPES
+                or set(str(node.get("permissions") or "")) - set("rwm")
+            ):
+                return f"device node {node.get('path')!r} of type or permissions it may refuse"
+        for hook in edits.get("hooks") or ():
+            if isinstance(hook, Mapping) and (
+                hook.get("hookName") not in _HOOK_NAMES or not hook.get("path")
+            ):
+                return f"hook {hook.get('hookName')!r} it may refuse"
+        if any("=" not in str(entry) for entry in edits.get("env") or ()):
+            return "an env entry without '=' it may refuse"
+        for mount in edits.get("mounts") or ():
+            if isinstance(mount, Mapping) and not (
+                mount.get("hostPath") and mount.get("containerPath")
+            ):
+                return "a mount without both paths it may refuse"
+    return ""
+
+
 def required_version(spec: Mapping[str, Any]) -> str:
     """The oldest cdiVersion the library takes for what `spec` uses (the features each
     version added, newest first)."""
@@ -235,4 +269,5 @@ def judge(spec: Mapping[str, Any]) -> Verdict:
     needed = required_version(spec)
     if KNOWN_VERSIONS.index(declared) < KNOWN_VERSIONS.index(needed):
         return Verdict(refused=f"cdiVersion {declared} is older than its content needs ({needed})")
-    return Verdict(unsure=unsure or (f"field {cased} in another case" if cased else ""))
+    unsure = unsure or (f"field {cased} in another case" if cased else "") or _edit_rule(spec)
+    return Verdict(unsure=unsure)

@@ -60,9 +60,28 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+
+
+def _edited(**node: Any) -> dict[str, Any]:
+    """`_spec` with its node given `node`'s fields, or (`hookName`) a hook besides."""
+    spec = _spec()
+    edits = spec["devices"][0]["containerEdits"]
+    if "hookName" in node:
+        edits["hooks"] = [{"path": "/bin/true", **node}]
+    else:
+        edits["deviceNodes"][0].update(node)
+    return spec
+
+
+VARIANTS.update(
+    perm=("vendor.json", _edited(permissions="rwx")),
+    hook=("vendor.json", _edited(hookName="postStartContainer")),
+    nodetype=("vendor.json", _edited(type="x")),
+)
 """A later dir's file defining gpu0 = /dev/b (hostile28 G2's variants; G10's: its fields in
-another case, which the library matches: what they say is booked, with the union)."""
-UNSURE = ("version", "case")
+another case, which the library matches: what they say is booked, with the union; G2b's:
+an edit some library versions refuse the file for, the union too)."""
+UNSURE = ("version", "case", "perm", "hook", "nodetype")
 """Variants the runtime may or may not take: both definitions booked."""
 
 
@@ -155,7 +174,7 @@ def test_the_own_file_clashes_only_with_a_file_the_runtime_may_read(
     assert found.clashes == ({} if variant == "field" else {str(other): {OWN}})
 
 
-@pytest.mark.parametrize("variant", ["field", "yml", "version", "nodevs", "valid", "case"])
+@pytest.mark.parametrize("variant", ["field", "yml", "version", "nodevs", "valid", "case", "perm"])
 async def test_a_later_dirs_file_the_runtime_refuses_leaves_the_foreign_pods_node_held(
     real_kubelet_factory: Any, start_host: Any, short_dir: Path, variant: str, caplog: Any
 ) -> None:
@@ -165,7 +184,9 @@ async def test_a_later_dirs_file_the_runtime_refuses_leaves_the_foreign_pods_nod
     fpga1), may take (version: both held, p0 gets none) or takes (valid: fpga1 held). Before,
     fpga1 was held for every variant and fpga0 handed to p0: in two live pods. G10 (case:
     fields in another case, which the library matches): both held, as for version (before,
-    its definition had no paths: fpga1 went to p0 too). A refused file is said once, with why."""
+    its definition had no paths: fpga1 went to p0 too); G2b (perm: a node's permissions
+    `rwx`, which library versions that check refuse the file for): both held. A refused
+    file is said once, with why."""
     kubelet = real_kubelet_factory(pod_resources_dir=short_dir / "pr")
     config, paths = setup(kubelet, short_dir)
     later = short_dir / "cdiB"

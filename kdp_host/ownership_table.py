@@ -145,10 +145,12 @@ class ClaimTable(Lingering):
         """A booking of `me` let go of the grown claims `keys` (`ownership_growth`): no pod
         was handed them, so they are released, not left to linger (`_drop_keys`, now or
         when the device's new claims are taken), and a device held for them is free."""
-        for key in keys:
-            if key in state.lingering and self._exclusive.get(key) == me:
-                self._release_lingering(state, key)
-        self._ungrown[me] = keys
+        mine = self._exclusive
+        lingering = {key for key in keys if key in state.lingering and mine.get(key) == me}
+        for key in lingering:
+            self._release_lingering(state, key)  # (lingering already: `_release_stale`)
+        if later := keys - lingering:
+            self._ungrown[me] = later  # (`_drop_keys` releases them as it takes the claims)
         self._wake_waiting(state.name)
 
     @abc.abstractmethod

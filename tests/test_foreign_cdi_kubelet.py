@@ -216,6 +216,17 @@ def as_yaml_only(text: str, form: str) -> str:
     return text.replace('"', "'")
 
 
+async def g0_then_host(kubelet: Any, start_host: Any, config: str) -> str:
+    """Once the other plugin lists both, g0 admitted with one of them (its ID returned),
+    then kdp-host started on `config` (it books g0's answer from the checkpoint)."""
+    await kubelet.await_for(healthy_count(GPU, 2), what="the other plugin lists")
+    g0 = await kubelet.acall(kubelet.allocate, "g0", {GPU: 1})
+    assert g0["error"] == "", g0
+    [held] = g0["device_ids"][GPU]
+    await start_host(config)
+    return str(held)
+
+
 @pytest.mark.parametrize("form", ["yaml", "comment", "single"])
 async def test_a_json_spec_file_is_read_as_the_runtime_reads_it_as_yaml(
     real_kubelet_factory: Any, start_host: Any, short_dir: Path, form: str
@@ -230,11 +241,7 @@ async def test_a_json_spec_file_is_read_as_the_runtime_reads_it_as_yaml(
     spec = short_dir / "cdi" / "vendor-gpu.json"
     spec.write_text(as_yaml_only(spec.read_text(), form))
     async with serving(kubelet, CdiPlugin(paths, "cdi"), GPU):
-        await kubelet.await_for(healthy_count(GPU, 2), what="the other plugin lists")
-        g0 = await kubelet.acall(kubelet.allocate, "g0", {GPU: 1})
-        assert g0["error"] == "", g0
-        [held] = g0["device_ids"][GPU]
-        await start_host(config)
+        held = await g0_then_host(kubelet, start_host, config)
         await kubelet.await_for(healthy_count(A, 1), what="g0's node held")
         await only_the_other_node(kubelet, A, held, paths)
 
@@ -282,11 +289,7 @@ async def test_a_cdi_node_the_runtime_makes_by_number_or_wildcard_is_held(
         nodes = {i: {"path": "/dev/fpga*", "hostPath": pattern} for i in paths}
     write_nodes(short_dir / "cdi", nodes)
     async with serving(kubelet, CdiPlugin(paths, "cdi"), GPU):
-        await kubelet.await_for(healthy_count(GPU, 2), what="the other plugin lists")
-        g0 = await kubelet.acall(kubelet.allocate, "g0", {GPU: 1})
-        assert g0["error"] == "", g0
-        [held] = g0["device_ids"][GPU]
-        await start_host(config)
+        held = await g0_then_host(kubelet, start_host, config)
         if form == "numbers":
             await kubelet.await_for(healthy_count(A, 1), what="g0's node held")
             await only_the_other_node(kubelet, A, held, paths)

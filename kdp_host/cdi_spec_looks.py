@@ -75,12 +75,17 @@ class CdiSpecLooks:
     def _follow_wildcards(self) -> None:
         """Watch the dirs of the wildcard node paths the names looked up use (kept while
         the host runs: a few dirs): a node made or removed there has the names looked up
-        again, so a node a wildcard matches later is booked (hostile28 G9)."""
+        again, so a node a wildcard matches later is booked (hostile28 G9). A dir newly
+        watched is looked at once more: a node made there between the names' look-up and
+        the watch is heard by nothing else."""
         if self._watcher is None:
             return
-        for directory in self._cdi.wildcard_dirs() - self._wildcards.keys():
+        new = self._cdi.wildcard_dirs() - self._wildcards.keys()
+        for directory in new:
             subscription = self._watcher.subscribe(directory, self._heard_node, entries=True)
             self._wildcards[directory] = subscription
+        if new:
+            self._heard_node(None)
 
     def cancel(self) -> None:
         self._watcher = None

@@ -15,25 +15,24 @@ import os
 import time
 from pathlib import Path
 
-from kdp_host.device_table import DeviceTable
-from kdp_host.files import DaemonThreads
 from kdp_host.holdings import Holdings
 from kdp_host.inotify_watch import InotifyWatcher
 from kdp_host.logs import get_logger
-from kdp_host.ownership import OwnershipIndex
 from kdp_host.testing import ManualWatcher
+from kdp_host.watch import Watcher
 
 from .conftest import wait_until
 from .test_ownership_moves import R1, R2, Host, mounting, nodes
 
 
-async def _held_tree(tmp: Path) -> tuple[Host, ManualWatcher]:
-    """R1's directory device d0 holds x (one link), a pod holds d0; R2 lists dev/n0."""
+async def _held_tree(tmp: Path, watcher: Watcher | None = None) -> tuple[Host, Watcher]:
+    """R1's directory device d0 holds x (one link), a pod holds d0; R2 lists dev/n0 (on
+    `watcher`, a ManualWatcher by default)."""
     (tmp / "grp" / "d0").mkdir(parents=True)
     (tmp / "grp" / "d0" / "x").write_text("")
     (tmp / "dev").mkdir()
     (tmp / "dev" / "n0").write_text("")
-    watcher = ManualWatcher()
+    watcher = watcher or ManualWatcher()
     host = Host(watcher)
     await host.publish(R1, mounting("d0", str(tmp / "grp" / "d0")))
     await host.index.book(R1, ["d0"])
@@ -46,6 +45,7 @@ async def test_a_file_of_a_held_tree_linked_in_as_a_new_device_is_held(tmp_path:
     """The tree hears nothing of the link (the kernel tells a link count's ATTRIB to a watch
     on the file only); the new device's listing has the held trees read again."""
     host, watcher = await _held_tree(tmp_path)
+    assert isinstance(watcher, ManualWatcher)
     os.link(tmp_path / "grp" / "d0" / "x", tmp_path / "dev" / "n2")
     watcher.change(str(tmp_path / "dev"), "n2")
     await host.publish(
@@ -60,38 +60,18 @@ async def test_a_file_of_a_held_tree_linked_in_as_a_new_device_is_held(tmp_path:
 
 async def test_through_inotify(tmp_path: Path) -> None:
     """The same with the real watcher: the link count's ATTRIB reaches the followed tree."""
-    (tmp_path / "grp" / "d0").mkdir(parents=True)
-    (tmp_path / "grp" / "d0" / "x").write_text("")
-    (tmp_path / "dev").mkdir()
-    (tmp_path / "dev" / "n0").write_text("")
     watcher = InotifyWatcher(get_logger())
     watching = asyncio.create_task(watcher.run())
     try:
-        index = OwnershipIndex(offload=DaemonThreads())
-        index.watch(watcher)
-        tables = {R1: DeviceTable(), R2: DeviceTable()}
-        for name in (R1, R2):
-            index.attach(name, tables[name].publish, get_logger().bind(resource=name))
-        index.publish(R1, {"d0": mounting("d0", str(tmp_path / "grp" / "d0"))})
-        await index.quiet()
-        await index.book(R1, ["d0"])
-        index.publish(R2, {"n0": nodes("n0", str(tmp_path / "dev" / "n0"))})
-        await index.quiet()
+        host, _ = await _held_tree(tmp_path, watcher)
         await wait_until(
             lambda: str(tmp_path / "grp" / "d0") in watcher.directories, what="followed"
         )
         os.link(tmp_path / "grp" / "d0" / "x", tmp_path / "dev" / "n2")
-        index.publish(
-            R2,
-            {
-                "n0": nodes("n0", str(tmp_path / "dev" / "n0")),
-                "n2": nodes("n2", str(tmp_path / "dev" / "n2")),
-            },
+        await host.publish(
+            R2, nodes("n0", str(tmp_path / "dev" / "n0")), nodes("n2", str(tmp_path / "dev" / "n2"))
         )
-        await index.quiet()
-        await wait_until(
-            lambda: [d.id for d in tables[R2].snapshot.devices] == ["n0"], what="n2 held", timeout=5
-        )
+        await wait_until(lambda: host.ids(R2) == ["n0"], what="n2 held", timeout=5)
     finally:
         watching.cancel()
 

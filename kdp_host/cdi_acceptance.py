@@ -243,7 +243,11 @@ def _names(spec: Mapping[str, Any]) -> tuple[str, str]:
 def judge(spec: Mapping[str, Any]) -> Verdict:
     """What the library makes of a parsed spec (a mapping with `kind` and a list `devices`,
     its fields in any case: `spelled`)."""
-    spec, cased = spelled(spec)
+    return judge_spelled(*spelled(spec))
+
+
+def judge_spelled(spec: Mapping[str, Any], cased: str) -> Verdict:
+    """`judge` of a spec `spelled` already (`cased`: where a field was in another case)."""
     declared = str(spec.get("cdiVersion", "")).removeprefix("v")
     newest = KNOWN_VERSIONS[-1]
     if declared not in KNOWN_VERSIONS:

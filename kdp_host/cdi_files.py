@@ -35,7 +35,7 @@ from typing import Any, Final
 import yaml
 
 from .atomic_files import read_or_none
-from .cdi_acceptance import judge, spelled
+from .cdi_acceptance import judge_spelled, spelled
 from .state_document import Signature, signature
 
 SPEC_SUFFIXES: Final = (".json", ".yaml")
@@ -203,10 +203,10 @@ def parse_spec(content: bytes | None) -> Parsed:
         return "cannot be read"
     try:
         document = load_spec(content)
-        spec, _ = spelled(document)
+        spec, cased = spelled(document)
         if not isinstance(spec["devices"], list) or not isinstance(spec["kind"], str):
             raise TypeError("kind or devices")
-        verdict = judge(document)
+        verdict = judge_spelled(spec, cased)
         if verdict.refused:
             return f"is refused by the runtime's CDI library ({verdict.refused}): skipped"
         devices = {str(d["name"]): _edits(d.get("containerEdits")) for d in spec["devices"]}
